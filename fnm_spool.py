@@ -3,7 +3,7 @@
 Usage:
   fnm_spool [options] run [--once]
   fnm_spool [options] enqueue [FILE...]
-  fnm_spool [options] notify ARG...
+  fnm_spool [options] notify [ARG...]
   fnm_spool [options] test [--to=ADDRESS]...
   fnm_spool [options] set email_test
   fnm_spool [options] set main KEY VALUE
@@ -19,7 +19,8 @@ Usage:
 Commands:
   run             process the spool as a daemon; --once: one pass, for cron
   enqueue         validate JSON events (files, or standard input) and enqueue them
-  notify          FastNetMon's notify script: IP DIRECTION PPS ACTION, or ACTION IP
+  notify          FastNetMon's notify script: IP DIRECTION PPS ACTION, or
+                  ACTION IP, or no arguments, with JSON on stdin
   test            send a test e-mail (to the recipients, or to each --to address)
   set email_test  the same as test, in fcli's words
   set main        change a setting; for email_notifications_recipients, add one
@@ -115,7 +116,7 @@ def _notify_arguments(argv: list[str]) -> tuple[str | None, list[str]] | None:
             config = option[2:]
         else:
             return None
-    if len(rest) < 2:
+    if not rest:
         return None
     return config, rest[1:]
 

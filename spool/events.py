@@ -115,11 +115,13 @@ def validate_event(document: object, source: str = "<stdin>") -> dict:
             source,
         )
 
-    scope = document.get("alert_scope", "host")
-    if scope not in SCOPES:
+    # FastNetMon Advanced may send an empty scope for host alerts, and newer
+    # releases add scopes; an unknown scope is mailed rather than rejected.
+    scope = document.get("alert_scope") or "host"
+    if not isinstance(scope, str):
         raise EventError(
-            f"{source}: invalid alert_scope {scope!r}; expected one of "
-            f"{', '.join(SCOPES)}",
+            f"{source}: alert_scope must be a string, got {scope!r}; expected "
+            f"one of {', '.join(SCOPES)}",
             source,
         )
 

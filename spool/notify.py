@@ -34,7 +34,7 @@ ADVANCED_SOURCE = "fastnetmon-advanced"
 CALL_FORMS = (
     "expected FastNetMon Community's 'IP DIRECTION PPS ACTION' (ACTION: "
     "ban, attack_details or unban) or FastNetMon Advanced's 'ACTION [IP]' "
-    "with a JSON event on stdin"
+    "or no arguments, with a JSON event on stdin"
 )
 
 _SOURCE_NAME = "notify"
@@ -48,7 +48,8 @@ def event_from_call(argv: list[str], stdin, limit: int = DEFAULT_REPORT_LIMIT) -
     """Build the event of one notify-script call and validate it.
 
     ``argv`` contains the arguments after the command name, in Community's
-    ``IP DIRECTION PPS ACTION`` or Advanced's ``ACTION [IP]`` form. ``stdin``
+    ``IP DIRECTION PPS ACTION`` or Advanced's ``ACTION [IP]`` form, or
+    none at all (Advanced's JSON-only call). ``stdin``
     is a binary stream (a text stream's ``buffer`` is used, and None reads
     as empty). It is read to EOF except for a Community ``unban``, where it
     is not touched. At most ``limit`` bytes are kept and the rest is read and
@@ -71,6 +72,10 @@ def event_from_call(argv: list[str], stdin, limit: int = DEFAULT_REPORT_LIMIT) -
     if len(argv) == 4:
         ip, direction, pps, action = _check_community_call(argv)
         return _community_event(ip, direction, pps, action, stdin, limit)
+    if not argv:
+        # Advanced's hostgroup script and its newer per-host calls pass no
+        # arguments: everything is in the JSON document.
+        return _advanced_event(None, None, stdin, limit)
     if len(argv) in (1, 2):
         action, ip = _check_advanced_call(argv)
         return _advanced_event(action, ip, stdin, limit)
@@ -196,7 +201,7 @@ def _read_to_eof(stream, limit: int, event: dict) -> bytes:
     return bytes(kept)
 
 
-def _advanced_event(action: str, ip: str | None, stdin, limit: int) -> dict:
+def _advanced_event(action: str | None, ip: str | None, stdin, limit: int) -> dict:
     notes: dict = {}
     data = _read_to_eof(stdin, limit, notes)
     try:
@@ -245,12 +250,24 @@ def _fill_from_arguments(document: dict, action: str, ip: str | None) -> None:
 
 
 def _fallback_event(
-    action: str, ip: str | None, data: bytes, notes: dict, error: EventError
+    action: str | None, ip: str | None, data: bytes, notes: dict, error: EventError
 ) -> dict:
-    """Build an event from the arguments alone, keeping stdin as text."""
-    event = {"ip": ip, "action": action, "alert_scope": "host"}
+    """Build an event from the arguments alone, keeping stdin as text.
+
+    A call without arguments has nothing to build from, so its input is
+    mailed as an event of action ``unreadable_notify_input`` with the
+    generic template: the NOC still sees that FastNetMon reported something.
+    """
+    if action is None:
+        event = {
+            "action": "unreadable_notify_input",
+            "alert_scope": "hostgroup",
+            "hostgroup_name": "unknown",
+        }
+    else:
+        event = {"ip": ip, "action": action, "alert_scope": "host"}
     if ip is None:
-        del event["ip"]
+        event.pop("ip", None)
     event.update(
         source=ADVANCED_SOURCE,
         report_text=data.decode("utf-8", errors="replace"),

@@ -495,12 +495,41 @@ def test_advanced_invalid_json_keeps_text():
 
 
 def test_advanced_invalid_event_keeps_text():
-    data = json.dumps({"action": "ban", "ip": "203.0.113.10", "alert_scope": "x"})
+    data = json.dumps({"action": "ban", "ip": "not-an-ip"})
 
     event = event_from_call(["ban", "203.0.113.10"], io.BytesIO(data.encode()))
 
     assert event["report_text"] == data
-    assert "invalid alert_scope 'x'" in event["parse_error"]
+    assert event["ip"] == "203.0.113.10"
+    assert "not an IPv4 or IPv6 address" in event["parse_error"]
+
+
+def test_advanced_unknown_scope_accepted():
+    data = json.dumps({"action": "ban", "ip": "203.0.113.10", "alert_scope": "x"})
+
+    event = event_from_call(["ban", "203.0.113.10"], io.BytesIO(data.encode()))
+
+    assert event["alert_scope"] == "x"
+    assert "parse_error" not in event
+
+
+@pytest.mark.parametrize("name", ["ban", "partial_block", "unban"])
+def test_advanced_without_arguments(name):
+    data = (ADVANCED / f"{name}.json").read_bytes()
+
+    event = event_from_call([], io.BytesIO(data))
+
+    assert event["action"] == name
+    assert event["ip"] == "203.0.113.10"
+    assert "parse_error" not in event
+
+
+def test_no_arguments_unreadable_input_still_mailed():
+    event = event_from_call([], io.BytesIO(b"{not json"))
+
+    assert event["action"] == "unreadable_notify_input"
+    assert event["report_text"] == "{not json"
+    assert validate_event(event) is event
 
 
 def test_advanced_truncated_json_keeps_text():
@@ -530,7 +559,6 @@ def test_advanced_bad_json_without_ip_raises(data):
 @pytest.mark.parametrize(
     ("argv", "reason"),
     [
-        ([], "0 arguments"),
         (["203.0.113.10", "incoming", "1648"], "3 arguments"),
         (["a", "b", "c", "d", "e"], "5 arguments"),
         (["203.0.113.10", "incoming", "1648", "block"], "unknown action 'block'"),
