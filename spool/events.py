@@ -170,6 +170,10 @@ def _check_ip(ip: object, scope: str, source: str) -> None:
     if not isinstance(ip, str):
         raise EventError(f"{source}: 'ip' must be a string, got {ip!r}", source)
     try:
+        # ipaddress accepts any text after '%' as an IPv6 scope id, line
+        # breaks included, which would reach the subject and the log.
+        if not (ip.isascii() and ip.isprintable()) or " " in ip:
+            raise ValueError(ip)
         if scope == "network" or "/" in ip:
             ipaddress.ip_network(ip, strict=False)
         else:
