@@ -244,7 +244,7 @@ class Processor:
             log.warning(
                 "%s: counters that are not numbers, shown as given: %s",
                 claim.event_id,
-                ", ".join(wrong),
+                ", ".join(_loggable(key) for key in wrong),
             )
         queued_at = events.event_time(claim.event_id) or dt.datetime.fromtimestamp(
             now, dt.UTC
@@ -389,7 +389,7 @@ class Processor:
             log.info(
                 "sent %s (%s %s) to %s in %.3f s",
                 claim.event_id,
-                job.action,
+                _loggable(job.action),
                 job.event.get("ip", "-"),
                 ", ".join(self.settings.email_notifications_recipients),
                 result.seconds,
@@ -543,6 +543,15 @@ class Processor:
             for job in jobs:
                 if job.action in ("ban", "partial_block"):
                     self.threads.record_sent(job.event, message, job.queued_at)
+
+
+def _loggable(text: str) -> str:
+    """Return event text for a log line: as is if printable, else its repr().
+
+    An action or a counter name is only checked to be a string, so it may
+    contain a line break that would otherwise forge a second log line.
+    """
+    return text if text.isprintable() else repr(text)
 
 
 def _slim(job: Job) -> Job:
