@@ -227,16 +227,21 @@ class Processor:
         claim = self.spool.claim(state, name)
         if claim is None:
             return None
-        self.grace.pop(name, None)
+        grace_end = self.grace.pop(name, None)
         try:
             raw = self.spool.read(claim, self.settings.max_event_bytes)
-            event = events.parse_event(raw, f"{state.value}/{name!r}")
         except EventError as error:
-            self._reject(claim, error, now)
+            # Not a regular file, or too large: waiting cannot change either.
+            self._reject(claim, error, now, may_wait=False)
             return None
         except OSError as error:
             reason = f"{state.value}/{name!r}: cannot read: {error.strerror}"
             self._finish(claim, lambda: self._fail(claim, reason, None, {}))
+            return None
+        try:
+            event = events.parse_event(raw, f"{state.value}/{name!r}")
+        except EventError as error:
+            self._reject(claim, error, now, may_wait=True, grace_end=grace_end)
             return None
 
         wrong = events.wrong_counters(event)
@@ -252,16 +257,26 @@ class Processor:
         job_history = self.spool.load_history(claim.event_id)
         return Job(claim, raw, event, queued_at, job_history)
 
-    def _reject(self, claim: Claim, error: EventError, now: float) -> None:
+    def _reject(
+        self,
+        claim: Claim,
+        error: EventError,
+        now: float,
+        may_wait: bool,
+        grace_end: float | None = None,
+    ) -> None:
         # A writer that copies straight into incoming/ may not have finished:
         # an unparsable file gets incoming_grace_seconds from its last write.
-        if claim.source is State.INCOMING and "regular file" not in str(error):
+        # A future modification time (skewed clock, touch -d) counts from the
+        # first attempt, whose grace_end is passed in, so it cannot extend it.
+        if may_wait and claim.source is State.INCOMING:
             try:
                 written = self.spool.mtime(claim)
             except OSError:
                 written = 0.0
-            grace_end = written + self.settings.incoming_grace_seconds
-            if now < grace_end and "max_event_bytes" not in str(error):
+            if written <= now or grace_end is None:
+                grace_end = min(written, now) + self.settings.incoming_grace_seconds
+            if now < grace_end:
                 self.spool.requeue(claim)
                 self.grace[claim.original_name] = grace_end
                 log.debug("%r does not parse yet; retrying", claim.original_name)
