@@ -372,7 +372,56 @@ class Spool:
                 )
             finally:
                 lock.release()
+        self.remove_finished_attempts()
         return recovered
+
+    def remove_finished_attempts(self) -> int:
+        """Remove attempt histories of events already in ``sent/`` or ``failed/``.
+
+        A crash between an event's final move and the removal of its history
+        leaves ``deferred/ID.attempts`` behind. Its modification time stays
+        due, so a daemon would wake every 50 ms for it. Each history is
+        removed under its event's lock, so that a replay cannot move the
+        event between the check and the removal. Returns how many were removed.
+        """
+        stale = []
+        with os.scandir(self.dir(State.DEFERRED)) as entries:
+            for entry in entries:
+                if entry.name.endswith(ATTEMPTS_SUFFIX):
+                    event_id = entry.name[: -len(ATTEMPTS_SUFFIX)]
+                    if self._finished_state(event_id) is not None:
+                        stale.append(event_id)
+
+        removed = 0
+        for event_id in stale:
+            lock = self.lock_for(event_id)
+            if lock.is_locked:
+                continue
+            try:
+                lock.acquire(blocking=False)
+            except filelock.Timeout:
+                continue
+            try:
+                state = self._finished_state(event_id)
+                if state is not None:
+                    self._drop_attempts(event_id)
+                    removed += 1
+                    log.warning(
+                        "removed the attempt history of %s, an event already in %s/",
+                        event_id,
+                        state.value,
+                    )
+            finally:
+                lock.release()
+        return removed
+
+    def _finished_state(self, event_id: str) -> State | None:
+        if self.path(State.DEFERRED, event_id).exists():
+            return None
+        for state in (State.SENT, State.FAILED):
+            if self.path(state, event_id).exists():
+                return state
+        return None
 
     def remove_stale_tmp(self, now: float, max_age: float = TMP_MAX_AGE) -> int:
         """Remove writers' leftovers in ``tmp/`` older than ``max_age`` seconds."""
