@@ -326,22 +326,32 @@ class Processor:
                 self._deliver_group(group)
 
     def _deliver_group(self, jobs: list[Job]) -> None:
+        # A job goes to msmtp only when a worker is free, so at most
+        # max_parallel messages are between msmtp and their final move. That
+        # bounds what a crash resends. A stop request waits for those runs
+        # only, and the jobs not yet started go back to their queue.
         workers = max(1, self.settings.max_parallel)
+        waiting = list(reversed(jobs))
+        pending = {}
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            pending = {}
-            for job in jobs:
-                if self.stop_requested:
-                    self._return(job)
-                    continue
-                message = self._render(job)
-                if message is None:
-                    continue
-                future = pool.submit(self._send, message)
-                pending[future] = (job, message)
+            while waiting or pending:
+                while waiting and len(pending) < workers and not self.stop_requested:
+                    job = waiting.pop()
+                    message = self._render(job)
+                    if message is not None:
+                        future = pool.submit(self._send, message)
+                        pending[future] = (job, message)
+                if not pending:
+                    break
 
-            for future in concurrent.futures.as_completed(pending):
-                job, message = pending[future]
-                self._record(job, message, future.result(), self.clock())
+                done, _ = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    job, message = pending.pop(future)
+                    self._record(job, message, future.result(), self.clock())
+        for job in reversed(waiting):
+            self._return(job)
 
     def _render(self, job: Job) -> bytes | None:
         thread = None
