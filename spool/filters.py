@@ -199,7 +199,12 @@ def _json_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False, default=str)
+        try:
+            return json.dumps(value, ensure_ascii=False, default=str)
+        except RecursionError:
+            # An event may nest almost as deep as the recursion limit, which
+            # leaves json.dumps() too little room when a template calls it.
+            return "(nested too deeply to show; see the event file)"
     return str(value)
 
 

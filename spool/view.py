@@ -28,6 +28,8 @@ _SHOWN_EVENT_KEYS = frozenset(
         "flow_spec_rules flows unparsed_lines report_text"
     ).split()
 )
+# Levels of nesting that _lines() flattens; deeper values print as JSON.
+_MAX_LINES_DEPTH = 32
 # Rows of the traffic table: label and key stem, {} standing for the direction.
 _TRAFFIC_ROWS = (
     ("total", "total_{}"),
@@ -226,23 +228,30 @@ def _flow_lines(flows: object) -> list[str]:
     return lines
 
 
-def _lines(value: object, indent: str = "") -> list[str]:
-    """Flatten text, lists and objects into single-line strings."""
+def _lines(value: object, indent: str = "", depth: int = 0) -> list[str]:
+    """Flatten text, lists and objects into single-line strings.
+
+    A value nested deeper than ``_MAX_LINES_DEPTH`` levels is shown as one
+    line of JSON, because recursing as deep as valid JSON may nest would
+    exceed Python's recursion limit and lose the message.
+    """
     if value is None:
         return []
     if isinstance(value, str):
         return [indent + line for line in value.splitlines()]
+    if depth >= _MAX_LINES_DEPTH:
+        return [indent + display(value)]
     if isinstance(value, dict):
         lines = []
         for key, item in value.items():
             if isinstance(item, list | dict):
                 lines.append(f"{indent}{display(key)}:")
-                lines += _lines(item, indent + "  ")
+                lines += _lines(item, indent + "  ", depth + 1)
             else:
                 lines.append(f"{indent}{display(key)}: {display(item)}")
         return lines
     if isinstance(value, list):
-        return [line for item in value for line in _lines(item, indent)]
+        return [line for item in value for line in _lines(item, indent, depth + 1)]
     return [indent + display(value)]
 
 
