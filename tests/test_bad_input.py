@@ -29,6 +29,7 @@ from clock import FakeClock
 from conftest import RECIPIENTS
 
 from spool import settings as settings_module
+from spool.filters import display
 from spool.processor import Processor
 from spool.spooldir import REASON_SUFFIX, State
 
@@ -182,6 +183,12 @@ def check_no_secret(outcome: Outcome) -> None:
     assert SECRET not in (outcome.reason or "")
 
 
+def check_deep_nesting_shown(outcome: Outcome) -> None:
+    body = outcome.message.get_body().get_content()
+    assert "innermost line" in body
+    assert "innermost flow" in body
+
+
 def check_generic(outcome: Outcome) -> None:
     assert outcome.message["Subject"] == "FastNetMon reroute for host 203.0.113.10"
     assert "Action:    reroute" in outcome.message.get_body().get_content()
@@ -312,6 +319,23 @@ CASES = [
         "deep-nesting-in-object",
         file_with(b'{"action": "ban", "ip": "203.0.113.10", "x": ' + b"[" * 100_000),
         reason="JSON nested too deeply",
+    ),
+    Case(
+        "deep-nesting-that-parses",
+        file_with(
+            b'{"action": "ban", "ip": "203.0.113.10", "packet_dump": '
+            + b"[" * 900
+            + b'"innermost line"'
+            + b"]" * 900
+            + b', "flows": {"incoming": '
+            + b'{"a": ' * 400
+            + b'"innermost flow"'
+            + b"}" * 401
+            + b"}"
+        ),
+        outcome="sent",
+        log="sent ",
+        check=check_deep_nesting_shown,
     ),
     Case(
         "symlink-outside",
@@ -715,3 +739,18 @@ def test_future_mtime_waits_only_grace(make_settings_file, smtp_server):
     processor.run_once()
     assert names(processor, State.INCOMING) == []
     assert len(names(processor, State.FAILED)) == 1
+
+
+def test_deepest_value_shown_as_placeholder():
+    """A value nested to the recursion limit prints a note, not an error.
+
+    JSON this deep fails to parse here, so the value is built in Python.
+    """
+    value: list = []
+    for _ in range(sys.getrecursionlimit()):
+        value = [value]
+
+    assert display(value) == "(nested too deeply to show; see the event file)"
+    assert display({"packet": value}) == (
+        "(nested too deeply to show; see the event file)"
+    )
