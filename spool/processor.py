@@ -397,11 +397,36 @@ class Processor:
                 self._return(part)
             return
 
-        self.rate.record_send(now)
+        self._count_send(now)
         for part in self._parts(job):
             self._conclude(part, result, now, message)
         if result.outcome == "sent":
+            self._save_thread(job, message)
+
+    # The two records below only shape later messages. Failing to save them
+    # (a full disk) must not stop the events of this pass from being moved,
+    # or a restart would send their messages again.
+
+    def _count_send(self, now: float, digest: bool = False) -> None:
+        try:
+            self.rate.record_send(now, digest=digest)
+        except OSError as error:
+            log.warning(
+                "cannot save %s: %s; the rate limit counts this send in memory",
+                self.rate.path,
+                error.strerror,
+            )
+
+    def _save_thread(self, job: Job, message: bytes) -> None:
+        try:
             self.threads.record_sent(job.event, message, job.queued_at)
+        except OSError as error:
+            log.warning(
+                "%s: cannot save its thread record: %s; later messages of this "
+                "attack start a new thread",
+                job.event_id,
+                error.strerror,
+            )
 
     def _conclude(
         self, job: Job, result: transport.Delivery, now: float, message: bytes | Path
@@ -556,7 +581,7 @@ class Processor:
                 self._return(job)
             return
 
-        self.rate.record_send(self.clock(), digest=True)
+        self._count_send(self.clock(), digest=True)
         log.info("digest %s with %d events: %s", digest_id, len(jobs), result.outcome)
         first = jobs[0]
         self._conclude(first, result, now, message)
@@ -567,7 +592,7 @@ class Processor:
         if result.outcome == "sent":
             for job in jobs:
                 if job.action in ("ban", "partial_block"):
-                    self.threads.record_sent(job.event, message, job.queued_at)
+                    self._save_thread(job, message)
 
 
 def _loggable(text: str) -> str:
