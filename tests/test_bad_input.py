@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -754,3 +755,113 @@ def test_deepest_value_shown_as_placeholder():
     assert display({"packet": value}) == (
         "(nested too deeply to show; see the event file)"
     )
+
+
+FULL_DISK_DRIVER = '''\
+"""Run the processor on a spool that is a full tmpfs; print the states.
+
+Usage: driver.py ROOT CONFIG SPOOL_DIR. Runs in a private mount namespace,
+so the tmpfs is gone when this process exits. Exits 77 when tmpfs cannot
+be mounted.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+root, config, spool_dir = sys.argv[1:4]
+sys.path.insert(0, root)
+
+from spool import settings as settings_module  # noqa: E402
+from spool.processor import Processor  # noqa: E402
+from spool.spooldir import State  # noqa: E402
+
+mount = ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", spool_dir]
+if subprocess.run(mount, capture_output=True).returncode != 0:
+    sys.exit(77)
+logging.basicConfig(level=logging.INFO)
+processor = Processor(settings_module.load(config, required=True))
+spool = processor.spool
+for number in (1, 2, 3):
+    event = {"ip": f"203.0.113.{number}", "action": "ban"}
+    spool.enqueue(json.dumps(event).encode())
+
+
+def report(stage):
+    states = {state.value: sorted(spool.names(state)) for state in State}
+    states["sent_files"] = sorted(os.listdir(spool.dir(State.SENT)))
+    print(json.dumps({"stage": stage, **states}), flush=True)
+
+
+filler = os.path.join(spool_dir, "filler")
+fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, bytes(4096))
+except OSError:
+    pass
+os.close(fd)
+
+processor.run_once()
+report("full")
+processor.run_once()
+report("still full")
+cron = [sys.executable, os.path.join(root, "fnm_spool.py"), "-c", config]
+done = subprocess.run(cron + ["run", "--once"], capture_output=True)
+print(json.dumps({"stage": "cron", "returncode": done.returncode}), flush=True)
+report("after cron")
+os.unlink(filler)
+processor.run_once()
+report("space again")
+'''
+
+
+def test_full_disk_keeps_claims_until_space(settings_file, smtp_server, tmp_path):
+    """A real full disk: the spool is a 512 KiB tmpfs, filled up.
+
+    The tmpfs is mounted in a private mount namespace (unshare -m), so
+    nothing outside the test's process tree sees it. msmtp delivers, but no
+    file can be written: the events must stay claimed in active/, not be
+    sent again by the next pass or by a cron run beside it, and be moved
+    to sent/ with their messages once there is space again.
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not installed")
+    driver = tmp_path / "driver.py"
+    driver.write_text(FULL_DISK_DRIVER)
+    spool_dir = load(settings_file).spool_dir
+    os.makedirs(spool_dir)
+
+    done = subprocess.run(
+        [unshare, "-m", "--propagation", "private", sys.executable, str(driver)]
+        + [str(ROOT), str(settings_file), spool_dir],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode == 77 or "unshare failed" in done.stderr:
+        pytest.skip(f"cannot mount a private tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    stages = {}
+    for line in done.stdout.splitlines():
+        record = json.loads(line)
+        stages[record.pop("stage")] = record
+
+    assert len(smtp_server.wait_for(3)) == 3
+    claimed = stages["full"]["active"]
+    assert len(claimed) == 3
+    assert stages["full"]["sent"] == []
+    assert stages["still full"]["active"] == claimed
+    assert stages["cron"]["returncode"] == 0
+    assert stages["after cron"]["active"] == claimed
+    assert stages["after cron"]["incoming"] == []
+    assert stages["space again"]["active"] == []
+    assert stages["space again"]["sent"] == claimed
+    messages = [name.replace(".json", ".eml") for name in claimed]
+    assert set(messages) <= set(stages["space again"]["sent_files"])
+    assert "stays in active/: cannot move it: No space left on device" in (done.stderr)
+    assert "Traceback" not in done.stderr
+    assert len(smtp_server.messages) == 3
