@@ -139,6 +139,18 @@ class Daemon:
         except Exception as error:  # noqa: BLE001 - keep running on old settings
             log.error("SIGHUP: settings not reloaded, keeping the old ones: %s", error)
             return
+
+        # The daemon lock and the inotify watch belong to the spool that the
+        # daemon started with, so a new spool_dir waits for a restart.
+        current = self.processor.settings.spool_dir
+        if settings.spool_dir != current:
+            log.warning(
+                "SIGHUP: spool_dir %s takes effect when the daemon restarts; "
+                "until then it processes %s",
+                settings.spool_dir,
+                current,
+            )
+            settings = settings.with_overrides(spool_dir=current)
         self.processor.configure(settings)
         log.info("SIGHUP: settings reloaded")
 
