@@ -352,6 +352,28 @@ def test_sighup_keeps_settings_when_invalid(
     assert "email_subject_blackhole_block" in daemon.log()
 
 
+def test_sighup_keeps_spool_dir(
+    make_settings_file, smtp_server, start_daemon, tmp_path
+):
+    """A new spool_dir waits for a restart, even one that cannot be created."""
+    config = make_settings_file(scan_interval=NO_SCAN)
+    spool = spool_of(config)
+    daemon = start_daemon(config)
+    daemon.wait_for_log("started")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a regular file where a directory would have to be\n")
+    moved = fnm_spool(config, "set", "main", "spool_dir", str(blocker / "spool"))
+    assert moved.returncode == 0, moved.stderr
+
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_for_log(f"SIGHUP: spool_dir {blocker / 'spool'} takes effect when")
+    daemon.wait_for_log("SIGHUP: settings reloaded")
+    spool.enqueue(ban(1))
+
+    assert len(smtp_server.wait_for(1, timeout=WAKE_SECONDS)) == 1
+    assert daemon.process.poll() is None
+
+
 def test_second_daemon_names_first_pid(make_settings_file, smtp_server, start_daemon):
     config = make_settings_file()
     first = start_daemon(config)
