@@ -43,6 +43,8 @@ Options:
 """
 
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `fnm_spool list | head`: the reader left, which is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
 
 
 def _dispatch(args: dict) -> int:
@@ -145,16 +151,23 @@ def _load(config: str | None, required: bool = False):
 
 def cmd_run(config: str | None, once: bool) -> int:
     """Process the spool: one pass for cron, or the daemon."""
-    from spool import msmtpconf
     from spool.processor import Processor
 
-    path, current = _load(config)
+    _, current = _load(config)
     if current.log_file:
         _setup_logging(logging.getLogger().level == logging.DEBUG, current.log_file)
-    msmtpconf.write_msmtp_config(current)
+    # The processor writes msmtp.conf from the settings, now and on SIGHUP.
     processor = Processor(current)
     if once:
         log.info("fnm_spool %s run --once, spool %s", __version__, current.spool_dir)
+
+        def stop(number, frame):
+            log.info(
+                "%s: stopping after the current message", signal.Signals(number).name
+            )
+            processor.stop_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
         processor.start()
         processor.run_once()
         return EX_OK
@@ -162,9 +175,7 @@ def cmd_run(config: str | None, once: bool) -> int:
     from spool.daemon import Daemon
 
     def reload():
-        _, fresh = _load(config)
-        msmtpconf.write_msmtp_config(fresh)
-        return fresh
+        return _load(config)[1]
 
     Daemon(processor, reload).run()
     return EX_OK
@@ -210,7 +221,17 @@ def cmd_notify(config: str | None, arguments: list[str]) -> int:
     from spool import notify, settings
 
     path, explicit = settings.config_path(config)
-    current = settings.load(path, required=explicit)
+    try:
+        current = settings.load(path, required=explicit)
+    except SpoolError as error:
+        # FastNetMon ignores the exit status: a broken settings file must
+        # not drop the alert, so it is enqueued with what can be read.
+        current = settings.load_for_notify(path)
+        print(
+            f"fnm_spool notify: {error}; enqueueing into {current.spool_dir} "
+            "anyway, fix the settings file for delivery",
+            file=sys.stderr,
+        )
     return notify.main(arguments, sys.stdin, current)
 
 
@@ -267,6 +288,10 @@ def cmd_delete(config: str | None, key: str, value: str | None) -> int:
 def _regenerate(msmtpconf, current) -> None:
     from spool.errors import ConfigError
 
+    # Until a host is set the file would be useless, and writing it to the
+    # default /etc path surprises someone still choosing msmtp_config.
+    if not current.email_notifications_host:
+        return
     try:
         msmtpconf.write_msmtp_config(current)
     except ConfigError as error:

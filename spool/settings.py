@@ -248,6 +248,29 @@ def load(path: os.PathLike | str, required: bool = False) -> Settings:
     return _build(path, raw)
 
 
+def load_for_notify(path: os.PathLike | str) -> Settings:
+    """Return settings good enough to enqueue, even from a broken file.
+
+    ``fnm_spool notify`` only needs ``spool_dir`` and ``max_event_bytes``,
+    and FastNetMon ignores its exit status, so a typo elsewhere in the file
+    must not drop alerts. Each of the two keys is taken from the file when
+    it is valid there, else its default.
+    """
+    path = Path(path)
+    try:
+        raw = _parse_ini(path, _read_text(path) or "")
+    except (ConfigError, OSError):
+        raw = {}
+    kept = {}
+    for key in ("spool_dir", "max_event_bytes"):
+        if key in raw:
+            try:
+                kept[key] = _build(path, {key: raw[key]}, blame=key).__dict__[key]
+            except ConfigError:
+                pass
+    return Settings(**kept)
+
+
 # Changing the file.
 
 
