@@ -290,11 +290,15 @@ def _fallback_event(
 def main(argv: list[str], stdin, settings) -> int:
     """Run ``fnm_spool notify ARG...``: build one event and enqueue it.
 
-    ``settings`` supplies ``spool_dir`` and ``max_event_bytes``. Stdin is
-    cut to a quarter of ``max_event_bytes``, and an event still larger is
-    reduced to its summary with the reason in ``event_reduced``. Returns 0
-    once the event is enqueued, else the error's sysexits.h status
-    (73 when the spool cannot be written) after printing one line to stderr.
+    ``settings`` supplies ``spool_dir`` and ``max_event_bytes``. A
+    Community report is cut to a quarter of ``max_event_bytes`` and an
+    Advanced JSON document to ``max_event_bytes``; an event still larger is
+    reduced to its summary with the reason in ``event_reduced``. Arguments
+    in neither form are still enqueued, as an ``unrecognised_notify_call``
+    event that the generic template mails, and the status is then 64.
+    Returns 0 once the event is enqueued, else the error's sysexits.h
+    status (73 when the spool cannot be written) after printing one line to
+    stderr.
     """
     # Imported here so that parsing alone does not load the spool code.
     from .spooldir import Spool
@@ -302,9 +306,17 @@ def main(argv: list[str], stdin, settings) -> int:
     # Flow lines are kept both as text and as fields, so the flow section of
     # 1.2.4's ban report takes about 3.1 times its size as JSON. A report cut
     # to a quarter of the limit therefore fits in all but odd cases.
-    limit = max(1, settings.max_event_bytes // 4)
+    limit = settings.max_event_bytes
+    if len(argv) == 4:
+        limit = max(1, settings.max_event_bytes // 4)
+    status = 0
     try:
-        event = event_from_call(argv, stdin, limit=limit)
+        try:
+            event = event_from_call(argv, stdin, limit=limit)
+        except UsageError as error:
+            print(f"fnm_spool notify: {error}; enqueued as is", file=sys.stderr)
+            event = _unrecognised_call(argv, str(error))
+            status = error.exit_status
         raw = _encode_event(event, settings.max_event_bytes)
         event_id = Spool(Path(settings.spool_dir)).enqueue(raw)
     except SpoolError as error:
@@ -326,7 +338,23 @@ def main(argv: list[str], stdin, settings) -> int:
             event_id,
             len(event["unparsed_lines"]),
         )
-    return 0
+    return status
+
+
+def _unrecognised_call(argv: list[str], reason: str) -> dict:
+    """Build the event of a call in neither form, without reading stdin.
+
+    Standard input is left alone because the call may be an unban, whose
+    stdin is FastNetMon's own and may never close.
+    """
+    return {
+        "action": "unrecognised_notify_call",
+        "alert_scope": "hostgroup",
+        "hostgroup_name": "unknown",
+        "arguments": [argument[:200] for argument in argv[:16]],
+        "parse_error": reason,
+        "source": "fastnetmon",
+    }
 
 
 def _encode_event(event: dict, max_bytes: int) -> bytes:

@@ -636,14 +636,32 @@ def test_main_unban_does_not_read_stdin(tmp_path):
     assert json.loads(path.read_bytes())["action"] == "unban"
 
 
-def test_main_bad_arguments_print_one_line(tmp_path, capsys):
+def test_main_bad_arguments_still_enqueued(tmp_path, capsys):
     status = main(["203.0.113.10", "ban"], UnreadableStdin(), settings_for(tmp_path))
 
     assert status == EX_USAGE
     error_lines = capsys.readouterr().err.splitlines()
     assert len(error_lines) == 1
     assert error_lines[0].startswith("fnm_spool notify: invalid notify arguments")
-    assert incoming_events(tmp_path) == []
+    [path] = incoming_events(tmp_path)
+    event = json.loads(path.read_bytes())
+    assert event["action"] == "unrecognised_notify_call"
+    assert event["arguments"] == ["203.0.113.10", "ban"]
+    assert validate_event(event) == event
+
+
+def test_main_advanced_json_gets_whole_limit(tmp_path):
+    document = json.loads((ADVANCED / "ban.json").read_bytes())
+    document["packet_dump"] = ["x" * 100] * 3000
+    data = json.dumps(document).encode()
+    settings = settings_for(tmp_path)
+    assert settings.max_event_bytes // 4 < len(data) < settings.max_event_bytes
+
+    status = main(["ban", "203.0.113.10"], io.BytesIO(data), settings)
+
+    assert status == 0
+    [path] = incoming_events(tmp_path)
+    assert len(json.loads(path.read_bytes())["packet_dump"]) == 3000
 
 
 def test_main_invalid_json_still_enqueued(tmp_path):
