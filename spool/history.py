@@ -44,16 +44,28 @@ def scrub(text: str, password: str) -> str:
     return text.replace(password, "********") if password else text
 
 
+def summarize(stderr: str) -> str:
+    """Return the lines of msmtp's stderr that say why, on one line.
+
+    msmtp ends every failure with "could not send mail (account ...)"; the
+    cause and the server's reply come before it.
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    telling = [line for line in lines if "could not send mail" not in line]
+    chosen = telling[:2] or lines[-1:]
+    return "; ".join(chosen)[:500] if chosen else "no output from msmtp"
+
+
 def attempt(now: float, result, password: str) -> dict:
     """Return the record of one delivery attempt for the history file."""
     stderr = scrub(result.stderr, password)
-    first_line = stderr.splitlines()[-1] if stderr else "no output from msmtp"
     return {
         "time": iso(now),
         "exit_status": result.exit_status,
         "outcome": result.outcome,
         "seconds": result.seconds,
-        "error": f"msmtp exit status {status_text(result.exit_status)}: {first_line}",
+        "error": f"msmtp exit status {status_text(result.exit_status)}: "
+        f"{summarize(stderr)}",
         "stderr": stderr[-4000:],
     }
 
