@@ -78,13 +78,20 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+# A ban held longer than this would delay the alert more than the details
+# are worth, and would block each cron run as long.
+MAX_GROUP_WAIT = 300
+
+
 def _parse_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise ValueError("expected a number of seconds of at least 0, such as 2.5")
+    if not math.isfinite(value) or not 0 <= value <= MAX_GROUP_WAIT:
+        raise ValueError(
+            f"expected a number of seconds from 0 to {MAX_GROUP_WAIT}, such as 2.5"
+        )
     return value
 
 
