@@ -90,6 +90,11 @@ def parse_event(raw: bytes, source: str = "<stdin>") -> dict:
             f"{error.msg}",
             source,
         ) from None
+    except ValueError as error:
+        # Python refuses to convert integers of more than
+        # sys.get_int_max_str_digits() digits (4300 by default).
+        reason = str(error).split(";")[0]
+        raise EventError(f"{source}: invalid JSON: {reason}", source) from None
     return validate_event(document, source)
 
 
