@@ -177,11 +177,14 @@ def _columns(rows: list[list[str]], align: str) -> list[str]:
 
 
 def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        # An integer beyond the float range, which JSON allows, is shown as
+        # given rather than formatted.
+        return False
 
 
 def _decimal(value: float, grouped: bool = False) -> str:
