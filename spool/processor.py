@@ -559,20 +559,32 @@ class Processor:
 
     def _send_digest(self, jobs: list[Job], now: float) -> None:
         digest_id = "digest-" + events.new_event_id()
-        items = [(job.event_id, job.event, job.queued_at) for job in jobs]
         try:
-            message = self.renderer.render_digest(
-                items, digest_id=digest_id, now=dt.datetime.fromtimestamp(now, dt.UTC)
-            )
+            message = self._render_digest(jobs, digest_id, now)
         except Exception as error:  # noqa: BLE001 - the events must not be stranded
             log.error(
-                "cannot render a digest of %d events: %r; they stay queued",
+                "cannot render a digest of %d events: %r; failing the events "
+                "that break it",
                 len(jobs),
                 error,
             )
-            for job in jobs:
-                self._return(job)
-            return
+            jobs = self._drop_unrenderable(jobs, now)
+            if not jobs:
+                return
+            try:
+                message = self._render_digest(jobs, digest_id, now)
+            except Exception as error:  # noqa: BLE001 - as above
+                log.error(
+                    "cannot render a digest of %d events: %r; they stay queued "
+                    "until the next digest window",
+                    len(jobs),
+                    error,
+                )
+                for job in jobs:
+                    self._return(job)
+                # Retrying at once would fail the same way, in a busy loop.
+                self.rate.last_digest = now
+                return
 
         result = self._send(message)
         if isinstance(result, TransportUnavailableError):
@@ -593,6 +605,27 @@ class Processor:
             for job in jobs:
                 if job.action in ("ban", "partial_block"):
                     self._save_thread(job, message)
+
+    def _render_digest(self, jobs: list[Job], digest_id: str, now: float) -> bytes:
+        items = [(job.event_id, job.event, job.queued_at) for job in jobs]
+        moment = dt.datetime.fromtimestamp(now, dt.UTC)
+        return self.renderer.render_digest(items, digest_id=digest_id, now=moment)
+
+    def _drop_unrenderable(self, jobs: list[Job], now: float) -> list[Job]:
+        """Fail the jobs whose digest row cannot be rendered; return the rest."""
+        kept = []
+        for job in jobs:
+            try:
+                self._render_digest([job], "digest-check", now)
+            except Exception as error:  # noqa: BLE001 - fail this event alone
+                reason = f"{job.event_id}: cannot render its digest row: {error!r}"
+                self._finish(
+                    job.claim,
+                    lambda j=job, r=reason: self._fail(j.claim, r, None, j.history),
+                )
+            else:
+                kept.append(job)
+        return kept
 
 
 def _loggable(text: str) -> str:
