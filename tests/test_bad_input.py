@@ -32,6 +32,7 @@ from conftest import RECIPIENTS
 from spool import settings as settings_module
 from spool.filters import display
 from spool.processor import Processor
+from spool.render import Renderer
 from spool.spooldir import REASON_SUFFIX, State
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,6 +191,11 @@ def check_deep_nesting_shown(outcome: Outcome) -> None:
     assert "innermost flow" in body
 
 
+def check_huge_integer_as_given(outcome: Outcome) -> None:
+    body = outcome.message.get_body().get_content()
+    assert "1" + "0" * 400 in body.replace("=\n", "")
+
+
 def check_generic(outcome: Outcome) -> None:
     assert outcome.message["Subject"] == "FastNetMon reroute for host 203.0.113.10"
     assert "Action:    reroute" in outcome.message.get_body().get_content()
@@ -304,6 +310,24 @@ CASES = [
             "total_incoming_pps, total_incoming_traffic"
         ),
         check=check_counters_as_given,
+    ),
+    Case(
+        "integer-over-python-digit-limit",
+        file_with(
+            b'{"action": "ban", "ip": "203.0.113.10", "attack_details": '
+            b'{"total_incoming_pps": 1' + b"0" * 5000 + b"}}"
+        ),
+        reason="invalid JSON: Exceeds the limit (4300 digits)",
+    ),
+    Case(
+        "integer-too-large-for-float",
+        file_with(
+            b'{"action": "ban", "ip": "203.0.113.10", "attack_details": '
+            b'{"total_incoming_pps": 1' + b"0" * 400 + b"}}"
+        ),
+        outcome="sent",
+        log="sent ",
+        check=check_huge_integer_as_given,
     ),
     Case(
         "counter-name-with-crlf",
@@ -865,3 +889,94 @@ def test_full_disk_keeps_claims_until_space(settings_file, smtp_server, tmp_path
     assert "stays in active/: cannot move it: No space left on device" in (done.stderr)
     assert "Traceback" not in done.stderr
     assert len(smtp_server.messages) == 3
+
+
+def test_digest_with_huge_integer_sent(make_settings_file, smtp_server):
+    """One event that the digest cannot format must not hold back the others."""
+    config = make_settings_file(digest_threshold=1)
+    processor = Processor(load(config), clock=FakeClock())
+    spool = processor.spool
+    for number in (1, 2, 3):
+        spool.enqueue(event_bytes(ip=f"203.0.113.{number}"))
+    huge = {"total_incoming_pps": 10**400}
+    spool.enqueue(event_bytes(ip="203.0.113.4", attack_details=details(**huge)))
+
+    with time_limit(30):
+        processor.run_once()
+
+    (digest,) = smtp_server.wait_for(1)
+    assert digest.parsed["X-FastNetMon-Digest"]
+    assert len(names(processor, State.SENT)) == 4
+    assert names(processor, State.INCOMING) == []
+
+
+def test_digest_failure_fails_only_culprit(
+    make_settings_file, smtp_server, monkeypatch
+):
+    """A digest that cannot be rendered fails only the event that breaks it.
+
+    The fault is injected by wrapping Renderer.render_digest to raise for one
+    marked event, because no known event breaks the built-in digest.
+    """
+    real_render_digest = Renderer.render_digest
+
+    def render_digest(self, items, **kwargs):
+        if any(event.get("ip") == "203.0.113.66" for _, event, _ in items):
+            raise ValueError("injected digest failure")
+        return real_render_digest(self, items, **kwargs)
+
+    monkeypatch.setattr(Renderer, "render_digest", render_digest)
+    config = make_settings_file(digest_threshold=1)
+    processor = Processor(load(config), clock=FakeClock())
+    spool = processor.spool
+    for number in (1, 2, 3):
+        spool.enqueue(event_bytes(ip=f"203.0.113.{number}"))
+    culprit = spool.enqueue(event_bytes(ip="203.0.113.66"))
+
+    with time_limit(30):
+        processor.run_once()
+
+    (digest,) = smtp_server.wait_for(1)
+    assert digest.parsed["X-FastNetMon-Digest"]
+    assert len(names(processor, State.SENT)) == 3
+    assert names(processor, State.FAILED) == [f"{culprit}.json"]
+    assert names(processor, State.INCOMING) == []
+    reason = spool.path(State.FAILED, culprit, REASON_SUFFIX).read_text()
+    assert "ValueError('injected digest failure')" in reason
+
+
+def test_digest_failure_waits_a_window(make_settings_file, smtp_server, monkeypatch):
+    """A digest that fails as a whole, but not row by row, waits a window.
+
+    The fault is injected by wrapping Renderer.render_digest to raise for
+    more than one event. Retrying at once would spin without end.
+    """
+    real_render_digest = Renderer.render_digest
+
+    def render_digest(self, items, **kwargs):
+        if len(items) > 1:
+            raise ValueError("injected digest failure")
+        return real_render_digest(self, items, **kwargs)
+
+    monkeypatch.setattr(Renderer, "render_digest", render_digest)
+    config = make_settings_file(digest_threshold=1, digest_window=60)
+    clock = FakeClock()
+    processor = Processor(load(config), clock=clock)
+    for number in (1, 2, 3):
+        processor.spool.enqueue(event_bytes(ip=f"203.0.113.{number}"))
+
+    with time_limit(30):
+        processor.run_once()
+
+    assert smtp_server.messages == []
+    assert len(names(processor, State.INCOMING)) == 3
+    assert names(processor, State.FAILED) == []
+    assert names(processor, State.ACTIVE) == []
+
+    monkeypatch.undo()
+    clock.advance(61)
+    with time_limit(30):
+        processor.run_once()
+
+    assert len(smtp_server.wait_for(1)) == 1
+    assert len(names(processor, State.SENT)) == 3
