@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -154,6 +155,14 @@ def char_device(scene: Scene) -> str:
     except PermissionError:
         path.symlink_to("/dev/zero")
     return path.name
+
+
+def unix_socket(scene: Scene) -> str:
+    """Bind a Unix socket by a relative name, which keeps under sun_path's limit."""
+    scene.monkeypatch.chdir(scene.incoming)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind("socket.json")
+    return "socket.json"
 
 
 def unreadable(scene: Scene) -> str:
@@ -370,6 +379,7 @@ CASES = [
     ),
     Case("fifo", fifo, reason="a FIFO, not a regular file; rejected"),
     Case("directory", directory, reason="a directory, not a regular file; rejected"),
+    Case("unix-socket", unix_socket, reason="a socket, not a regular file; rejected"),
     Case(
         "char-device",
         char_device,
@@ -845,9 +855,9 @@ report("space again")
 def test_full_disk_keeps_claims_until_space(settings_file, smtp_server, tmp_path):
     """A real full disk: the spool is a 512 KiB tmpfs, filled up.
 
-    The tmpfs is mounted in a private mount namespace (unshare -m), so
-    nothing outside the test's process tree sees it. msmtp delivers, but no
-    file can be written: the events must stay claimed in active/, not be
+    The tmpfs is mounted in a private mount namespace (unshare -m), so it
+    is invisible outside the test's process tree. msmtp delivers, but no
+    file can be written. The events must stay claimed in active/, not be
     sent again by the next pass or by a cron run beside it, and be moved
     to sent/ with their messages once there is space again.
     """
