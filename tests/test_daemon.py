@@ -446,6 +446,33 @@ def test_unreadable_msmtp_config_reported_once(
     daemon.wait_for_log("msmtp is usable again; resuming delivery")
 
 
+def test_msmtp_config_unusable_at_start(make_settings_file, smtp_server, start_daemon):
+    """The daemon starts although msmtp_config cannot be written or read.
+
+    As in the test above, a regular file takes the place of its directory.
+    """
+    config = make_settings_file(scan_interval=NO_SCAN)
+    msmtp_dir = Path(settings_module.load(config).msmtp_config).parent
+    msmtp_dir.write_text("a file where msmtp_config's directory should be\n")
+    spool = spool_of(config)
+    spool.enqueue(ban(1))
+
+    daemon = start_daemon(config)
+    daemon.wait_for_log("cannot read msmtp_config")
+    spool.enqueue(ban(2))
+    time.sleep(1)
+
+    assert daemon.log().count("cannot read msmtp_config") == 1
+    assert spool.count(State.INCOMING) == 2
+    assert smtp_server.messages == []
+
+    msmtp_dir.unlink()
+    daemon.send_signal(signal.SIGHUP)
+
+    assert len(smtp_server.wait_for(2, timeout=WAKE_SECONDS)) == 2
+    daemon.wait_for_log("msmtp is usable again; resuming delivery")
+
+
 def test_inotify_overflow_rescans(
     make_settings_file, smtp_server, start_daemon, tmp_path
 ):
