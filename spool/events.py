@@ -29,6 +29,10 @@ SCOPES = ("host", "hostgroup", "network")
 # the writer's PID and a random part, so that names sort by enqueue time.
 EVENT_ID_PATTERN = re.compile(r"^(\d{8}T\d{6}\.\d{6})Z-\d+-[0-9a-f]{8}$")
 
+# A \uD800-\uDFFF escape may be half of a pair or a lone surrogate, which
+# no encoder accepts when the message is built.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
 # Counters whose value must be a number; other keys may hold anything.
 _COUNTER_SUFFIXES = ("_traffic", "_traffic_bits", "_pps", "_flows", "_power")
 
@@ -81,7 +85,11 @@ def parse_event(raw: bytes, source: str = "<stdin>") -> dict:
             source,
         ) from None
     try:
-        document = json.loads(text)
+        # NaN and Infinity are not JSON; Python accepts them, so they are kept
+        # as the strings they were, and shown as given like any odd counter.
+        document = json.loads(text, parse_constant=str)
+        if _ESCAPED_SURROGATE.search(text):
+            document = _replace_lone_surrogates(document)
     except RecursionError:
         raise EventError(f"{source}: JSON nested too deeply", source) from None
     except json.JSONDecodeError as error:
@@ -96,6 +104,20 @@ def parse_event(raw: bytes, source: str = "<stdin>") -> dict:
         reason = str(error).split(";")[0]
         raise EventError(f"{source}: invalid JSON: {reason}", source) from None
     return validate_event(document, source)
+
+
+def _replace_lone_surrogates(value: object) -> object:
+    """Return ``value`` with each lone surrogate replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _replace_lone_surrogates(key): _replace_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def validate_event(document: object, source: str = "<stdin>") -> dict:
