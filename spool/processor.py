@@ -291,7 +291,11 @@ class Processor:
         ready = []
         for job in jobs:
             if job.action == "ban" and self._young(job, now):
-                self.held[events.attack_key(job.event)] = job
+                key = events.attack_key(job.event)
+                # A repeated ban of the same attack must not strand the first.
+                if key in self.held:
+                    ready.append(self.held.pop(key))
+                self.held[key] = job
             else:
                 ready.append(job)
 
