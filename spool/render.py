@@ -360,6 +360,16 @@ class Renderer:
                 error,
             )
             text = self._builtin_subjects[name].render(context)
+        if not text.strip():
+            # A typo such as {{ details.attack_typ }} renders as nothing, and
+            # an alert without a subject is easy to miss on a phone.
+            log.warning(
+                "event %s: subject setting %s rendered empty, using the built-in "
+                "subject",
+                event_id,
+                SUBJECT_SETTINGS.get(name, name),
+            )
+            text = self._builtin_subjects[name].render(context)
         return _subject_text(text)
 
     def _render_body(self, name: str, context: dict, label: str) -> str:

@@ -293,3 +293,52 @@ def test_sent_message_matches_what_msmtp_got(settings_file, smtp_server):
     )
     assert stored["Message-ID"] == received.parsed["Message-ID"]
     assert json.loads(spool.path(State.SENT, name).read_bytes())["action"] == "ban"
+
+
+def test_repeated_ban_does_not_strand_first(make_settings_file, smtp_server):
+    clock = FakeClock()
+    processor = Processor(load(make_settings_file(group_wait=5)), clock=clock)
+    spool = Spool(processor.settings.spool_dir)
+    ban = b'{"ip": "203.0.113.180", "action": "ban"}'
+    spool.enqueue(ban, now=clock.datetime())
+    processor.process_pass()
+    clock.advance(1)
+    spool.enqueue(ban, now=clock.datetime())
+
+    processor.process_pass()
+    assert len(smtp_server.wait_for(1)) == 1
+    clock.advance(6)
+    processor.process_pass()
+
+    assert len(smtp_server.wait_for(2)) == 2
+    assert Spool(processor.settings.spool_dir).count(State.ACTIVE) == 0
+    assert Spool(processor.settings.spool_dir).count(State.SENT) == 2
+
+
+def test_lone_surrogate_and_nan_delivered(settings_file, smtp_server):
+    event = (
+        rb'{"ip": "203.0.113.26", "action": "\ud800ban", "attack_details": '
+        rb'{"total_incoming_pps": NaN, "attack_type": "x\udfffy"}}'
+    )
+    spool = Spool(load(settings_file).spool_dir)
+    spool.enqueue(event)
+
+    done = fnm_spool(settings_file, "run", "--once")
+
+    assert done.returncode == 0, done.stderr
+    body = smtp_server.wait_for(1)[0].parsed.get_body().get_content()
+    assert "NaN" in body
+    assert "x\ufffdy" in body
+    assert len(states(settings_file)["sent"]) == 1
+
+
+def test_empty_subject_falls_back(make_settings_file, smtp_server):
+    config = make_settings_file(
+        email_subject_blackhole_block="{{ details.attack_typ }}"
+    )
+    fnm_spool(config, "enqueue", str(ADVANCED / "ban.json"))
+
+    fnm_spool(config, "run", "--once")
+
+    subject = smtp_server.wait_for(1)[0].parsed["Subject"]
+    assert subject == "FastNetMon blocked host 203.0.113.10"
