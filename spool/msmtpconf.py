@@ -113,6 +113,7 @@ def write_msmtp_config(settings: Settings) -> bool:
     """
     path = Path(os.path.realpath(settings.msmtp_config))
     data = render_msmtp_config(settings).encode()
+    _create_log_directory(settings.email_log)
     try:
         current = path.read_bytes()
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -138,3 +139,22 @@ def write_msmtp_config(settings: Settings) -> bool:
         ) from None
     log.info("%s: wrote the msmtp configuration", path)
     return True
+
+
+def _create_log_directory(email_log: str) -> None:
+    """Create the directory of msmtp's log, which msmtp does not create.
+
+    Without it msmtp still sends but keeps no log, so a failure here is only
+    a warning.
+    """
+    if not email_log:
+        return
+    try:
+        Path(email_log).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as error:
+        log.warning(
+            "cannot create the directory of email_log %s: %s; msmtp will send "
+            "without a log",
+            email_log,
+            error.strerror,
+        )

@@ -8,6 +8,7 @@ the spool root so that cron runs and the daemon share one budget.
 """
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -49,9 +50,14 @@ class RateState:
     def save(self) -> None:
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         data = {"sends": list(self.sends), "last_digest": self.last_digest}
-        with open(temporary, "w", encoding="utf-8") as stream:
-            json.dump(data, stream)
-        os.replace(temporary, self.path)
+        try:
+            with open(temporary, "w", encoding="utf-8") as stream:
+                json.dump(data, stream)
+            os.replace(temporary, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def record_send(self, now: float, digest: bool = False) -> None:
         self.sends.append(now)

@@ -65,9 +65,14 @@ class ThreadIndex:
         }
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "w", encoding="utf-8") as stream:
-            json.dump(record, stream)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w", encoding="utf-8") as stream:
+                json.dump(record, stream)
+            os.replace(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def expire(self, now: float, max_age: float = MAX_THREAD_AGE) -> None:
         """Remove records of attacks older than ``max_age`` seconds."""
