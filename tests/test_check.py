@@ -259,6 +259,9 @@ def test_check_settings_file_missing(tmp_path):
 @needs_msmtp
 def test_check_email_log_directory_missing(tmp_path):
     path = write_settings(tmp_path, email_log=tmp_path / "nolog" / "email.log")
+    # Writing msmtp.conf creates the log's directory; here it was removed later.
+    if (tmp_path / "nolog").exists():
+        (tmp_path / "nolog").rmdir()
 
     checks = checks_of(tmp_path, path)
 
