@@ -57,7 +57,11 @@ class ThreadIndex:
             return
         if action not in THREAD_STARTS:
             return
-        headers = email.parser.BytesHeaderParser().parsebytes(message)
+        # Only the header block is parsed: a digest's body can be megabytes,
+        # and a storm records one thread per ban from the same message.
+        end = message.find(b"\n\n")
+        block = message if end < 0 else message[: end + 1]
+        headers = email.parser.BytesHeaderParser().parsebytes(block)
         record = {
             "message_id": str(headers.get("Message-ID", "")).strip(),
             "banned_at": queued_at.isoformat(),
