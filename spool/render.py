@@ -30,6 +30,7 @@ import dataclasses
 import datetime as dt
 import email.utils
 import getpass
+import heapq
 import logging
 import os
 import socket
@@ -101,6 +102,20 @@ TEMPLATE_FAILURES = (
     ArithmeticError,
     LookupError,
     AttributeError,
+)
+
+
+# What the digest table and subject read of each event.
+_DIGEST_ROW_KEYS = (
+    "event_id",
+    "time",
+    "host",
+    "target",
+    "action",
+    "direction",
+    "pps",
+    "bits",
+    "attack_type",
 )
 
 
@@ -234,12 +249,21 @@ class Renderer:
         one row per event in the given order, then the full details of the
         ``largest`` events by packets per second in the attack's direction.
         """
+        # A storm's digest can carry tens of thousands of events: keep a
+        # small row per event and full views only for the largest few.
         views = []
-        for event_id, event, queued_at in items:
+        top: list[tuple] = []
+        for position, (event_id, event, queued_at) in enumerate(items):
             view = event_view(event, queued_at, self._tz)
             view["event_id"] = event_id
-            views.append(view)
-        biggest = sorted(views, key=_pps_sort_key, reverse=True)[: max(largest, 0)]
+            views.append({key: view[key] for key in _DIGEST_ROW_KEYS})
+            if largest > 0:
+                entry = (_pps_sort_key(view), -position, view)
+                if len(top) < largest:
+                    heapq.heappush(top, entry)
+                else:
+                    heapq.heappushpop(top, entry)
+        biggest = [entry[2] for entry in sorted(top, reverse=True)]
         context = {
             "events": views,
             "largest": biggest,

@@ -79,8 +79,32 @@ class Spool:
 
     def __init__(self, root: os.PathLike | str, create: bool = True):
         self.root = Path(root)
+        self._unsynced: set[Path] | None = None
         if create:
             self.create()
+
+    @contextlib.contextmanager
+    def batched_sync(self):
+        """Fsync each directory touched by moves in the block once, at its end.
+
+        A digest moves thousands of events to ``sent/``; one fsync per move
+        would dominate. A process killed inside the block loses nothing,
+        because renames reach the filesystem at once; only a power loss
+        before the final fsync can bring an event back, to be sent again.
+        """
+        self._unsynced = set()
+        try:
+            yield
+        finally:
+            pending, self._unsynced = self._unsynced, None
+            for path in pending:
+                fsync_dir(path)
+
+    def _sync(self, path: Path) -> None:
+        if self._unsynced is None:
+            fsync_dir(path)
+        else:
+            self._unsynced.add(path)
 
     def create(self) -> None:
         """Create the state directories, ``locks/`` and ``threads/`` if missing."""
@@ -283,7 +307,7 @@ class Spool:
         os.rename(
             self.path(State.ACTIVE, claim.event_id), self.path(state, claim.event_id)
         )
-        fsync_dir(self.dir(state))
+        self._sync(self.dir(state))
         claim.lock.release()
 
     def _drop_attempts(self, event_id: str) -> None:
