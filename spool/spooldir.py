@@ -28,11 +28,13 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-
-import filelock
+from typing import TYPE_CHECKING
 
 from .errors import EventError
 from .events import is_event_id, new_event_id
+
+if TYPE_CHECKING:
+    import filelock
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class Claim:
     event_id: str
     source: State
     original_name: str
-    lock: filelock.BaseFileLock
+    lock: "filelock.BaseFileLock"
 
     @property
     def name(self) -> str:
@@ -180,9 +182,13 @@ class Spool:
 
     # Claims
 
-    def lock_for(self, event_id: str) -> filelock.BaseFileLock:
+    def lock_for(self, event_id: str) -> "filelock.BaseFileLock":
         bucket = zlib.crc32(event_id.encode()) % LOCK_BUCKETS
         path = self.root / "locks" / f"claim-{bucket:02d}.lock"
+        # Imported here: enqueue, which FastNetMon's notify runs for every
+        # ban, takes no lock and should not pay for loading filelock.
+        import filelock
+
         return filelock.FileLock(path, is_singleton=True, thread_local=False)
 
     def claim(self, state: State, name: str) -> Claim | None:
@@ -197,7 +203,7 @@ class Spool:
         lock = self.lock_for(event_id)
         try:
             lock.acquire(blocking=False)
-        except filelock.Timeout:
+        except _timeout():
             return None
 
         target = self.path(State.ACTIVE, event_id)
@@ -377,7 +383,7 @@ class Spool:
                 continue
             try:
                 lock.acquire(blocking=False)
-            except filelock.Timeout:
+            except _timeout():
                 continue
             try:
                 source = self.path(State.ACTIVE, event_id)
@@ -423,7 +429,7 @@ class Spool:
                 continue
             try:
                 lock.acquire(blocking=False)
-            except filelock.Timeout:
+            except _timeout():
                 continue
             try:
                 state = self._finished_state(event_id)
@@ -492,3 +498,9 @@ def _file_kind(mode: int) -> str:
 
 def now_epoch() -> float:
     return time.time()
+
+
+def _timeout() -> type[Exception]:
+    import filelock
+
+    return filelock.Timeout
