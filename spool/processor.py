@@ -347,7 +347,12 @@ class Processor:
         workers = max(1, self.settings.max_parallel)
         waiting = list(reversed(jobs))
         pending = {}
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        # One fsync per directory and one save of rate.json per group: per
+        # event they cost more than rendering (about 2.5 ms together).
+        with (
+            self.spool.batched_sync(),
+            concurrent.futures.ThreadPoolExecutor(workers) as pool,
+        ):
             while waiting or pending:
                 while waiting and len(pending) < workers and not self.stop_requested:
                     job = waiting.pop()
@@ -364,8 +369,19 @@ class Processor:
                 for future in done:
                     job, message = pending.pop(future)
                     self._record(job, message, future.result(), self.clock())
+        self._save_rate()
         for job in reversed(waiting):
             self._return(job)
+
+    def _save_rate(self) -> None:
+        try:
+            self.rate.save()
+        except OSError as error:
+            log.warning(
+                "cannot save %s: %s; the rate limit counts these sends in memory",
+                self.rate.path,
+                error.strerror,
+            )
 
     def _render(self, job: Job) -> bytes | None:
         thread = None
@@ -411,7 +427,7 @@ class Processor:
                 self._return(part)
             return
 
-        self._count_send(now)
+        self._count_send(now, save=False)
         for part in self._parts(job):
             self._conclude(part, result, now, message)
         if result.outcome == "sent":
@@ -421,9 +437,9 @@ class Processor:
     # (a full disk) must not stop the events of this pass from being moved,
     # or a restart would send their messages again.
 
-    def _count_send(self, now: float, digest: bool = False) -> None:
+    def _count_send(self, now: float, digest: bool = False, save: bool = True) -> None:
         try:
-            self.rate.record_send(now, digest=digest)
+            self.rate.record_send(now, digest=digest, save=save)
         except OSError as error:
             log.warning(
                 "cannot save %s: %s; the rate limit counts this send in memory",

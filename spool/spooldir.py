@@ -150,7 +150,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
-        fsync_dir(target.parent)
+        self._sync(target.parent)
 
     # Reading the tree
 

@@ -48,6 +48,8 @@ class RateState:
             )
 
     def save(self) -> None:
+        while self.sends and self.sends[0] <= self.sends[-1] - RATE_PERIOD:
+            self.sends.popleft()
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         data = {"sends": list(self.sends), "last_digest": self.last_digest}
         try:
@@ -59,11 +61,13 @@ class RateState:
                 os.unlink(temporary)
             raise
 
-    def record_send(self, now: float, digest: bool = False) -> None:
+    def record_send(self, now: float, digest: bool = False, save: bool = True) -> None:
+        """Count one message; with ``save`` false the caller saves later."""
         self.sends.append(now)
         if digest:
             self.last_digest = now
-        self.save()
+        if save:
+            self.save()
 
     def record_arrivals(self, now: float, count: int) -> None:
         self.arrivals.extend([now] * count)
