@@ -5,6 +5,7 @@
 #   make test   run the test suite against the real msmtp
 #   make lint   check formatting and lint with ruff
 #   make demo   deliver FastNetMon's recorded calls to a local SMTP server
+#   make bench  measure speed and memory against msmtpq (see BENCHMARKS.md)
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ VENV_STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: deps venv test lint demo clean
+.PHONY: deps venv test lint demo bench clean
 
 deps:
 	@if ! command -v msmtp >/dev/null 2>&1; then \
@@ -46,6 +47,9 @@ lint: venv
 
 demo: deps venv
 	$(VENV_PYTHON) demo/demo.py
+
+bench: deps venv
+	$(VENV_PYTHON) bench/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
