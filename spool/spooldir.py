@@ -368,6 +368,23 @@ class Spool:
 
     # Recovery and housekeeping
 
+    @contextlib.contextmanager
+    def _idle_lock(self, event_id: str):
+        """Take an event's lock unless a live claim has it; yield whether taken."""
+        lock = self.lock_for(event_id)
+        if lock.is_locked:
+            yield False
+            return
+        try:
+            lock.acquire(blocking=False)
+        except _timeout():
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     def recover(self) -> list[str]:
         """Return events left in ``active/`` by a dead process to their queue.
 
@@ -378,14 +395,9 @@ class Spool:
         recovered = []
         for name in list(self.names(State.ACTIVE)):
             event_id = name[: -len(EVENT_SUFFIX)]
-            lock = self.lock_for(event_id)
-            if lock.is_locked:
-                continue
-            try:
-                lock.acquire(blocking=False)
-            except _timeout():
-                continue
-            try:
+            with self._idle_lock(event_id) as taken:
+                if not taken:
+                    continue
                 source = self.path(State.ACTIVE, event_id)
                 if not source.exists() and not source.is_symlink():
                     continue
@@ -400,8 +412,6 @@ class Spool:
                     event_id,
                     state.value,
                 )
-            finally:
-                lock.release()
         self.remove_finished_attempts()
         return recovered
 
@@ -424,14 +434,9 @@ class Spool:
 
         removed = 0
         for event_id in stale:
-            lock = self.lock_for(event_id)
-            if lock.is_locked:
-                continue
-            try:
-                lock.acquire(blocking=False)
-            except _timeout():
-                continue
-            try:
+            with self._idle_lock(event_id) as taken:
+                if not taken:
+                    continue
                 state = self._finished_state(event_id)
                 if state is not None:
                     self._drop_attempts(event_id)
@@ -441,8 +446,6 @@ class Spool:
                         event_id,
                         state.value,
                     )
-            finally:
-                lock.release()
         return removed
 
     def _finished_state(self, event_id: str) -> State | None:
