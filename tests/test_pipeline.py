@@ -342,3 +342,58 @@ def test_empty_subject_falls_back(make_settings_file, smtp_server):
 
     subject = smtp_server.wait_for(1)[0].parsed["Subject"]
     assert subject == "FastNetMon blocked host 203.0.113.10"
+
+
+def test_settings_made_with_set_deliver(tmp_path, smtp_server):
+    config = tmp_path / "made-with-set.conf"
+    (tmp_path / "log").mkdir(exist_ok=True)
+    commands = [
+        ("spool_dir", tmp_path / "spool"),
+        ("msmtp_config", tmp_path / "etc" / "msmtp.conf"),
+        ("email_log", tmp_path / "log" / "email.log"),
+        ("tls_trust_file", smtp_server.ca_file),
+        ("email_notifications_enabled", "enable"),
+        ("email_notifications_tls", "enable"),
+        ("email_notifications_auth", "enable"),
+        ("email_notifications_host", smtp_server.host),
+        ("email_notifications_port", smtp_server.port),
+        ("email_notifications_from", "fnm@example.com"),
+        ("email_notifications_username", smtp_server.username),
+        ("email_notifications_password", smtp_server.password),
+        ("email_notifications_recipients", "noc@example.com"),
+        ("email_notifications_recipients", "oncall@example.org"),
+        ("group_wait", "0"),
+    ]
+    for key, value in commands:
+        done = fnm_spool(config, "set", "main", key, str(value))
+        assert done.returncode == 0, done.stderr
+        assert smtp_server.password.encode() not in done.stdout
+
+    tested = fnm_spool(config, "test")
+    alias = fnm_spool(config, "set", "email_test")
+
+    assert tested.returncode == 0, tested.stderr
+    assert alias.returncode == 0, alias.stderr
+    for message in smtp_server.wait_for(2):
+        assert sorted(message.rcpt_tos) == ["noc@example.com", "oncall@example.org"]
+        assert message.tls
+        assert message.login == smtp_server.username
+
+    for call in ("1-ban", "2-attack_details", "3-unban"):
+        argv = (COMMUNITY / f"{call}.argv").read_bytes().split(b"\0")[:-1]
+        stdin = (COMMUNITY / f"{call}.stdin").read_bytes()
+        done = fnm_spool(config, "notify", *[a.decode() for a in argv], stdin=stdin)
+        assert done.returncode == 0, done.stderr
+    done = fnm_spool(config, "enqueue", str(ADVANCED / "partial_block.json"))
+    assert done.returncode == 0, done.stderr
+    done = fnm_spool(config, "run", "--once")
+
+    assert done.returncode == 0, done.stderr
+    subjects = sorted(m.parsed["Subject"] for m in smtp_server.wait_for(6)[2:])
+    assert subjects == [
+        "FastNetMon attack details for host 203.0.113.10",
+        "FastNetMon blocked host 203.0.113.10",
+        "FastNetMon partially blocked traffic for host 203.0.113.10",
+        "FastNetMon unblocked host 203.0.113.10",
+    ]
+    assert len(states(config)["sent"]) == 4
