@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import stat
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -497,10 +496,6 @@ def _file_kind(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "socket"
     return "special file"
-
-
-def now_epoch() -> float:
-    return time.time()
 
 
 def _timeout() -> type[Exception]:
