@@ -5,8 +5,9 @@ Usage: python3 bench/run.py [--quick] [--only NAME ...] [--keep]
 Starts the test suite's SMTP server on 127.0.0.1, runs the measurements,
 writes every figure with its command, the machine and the versions to
 bench/results/latest.json, and prints a summary. Without --quick the run
-took 58 minutes on 2 cores, most of it two 100,000-event runs; --quick
-uses fewer events and skips the STARTTLS round and the storm. BENCHMARKS.md explains each figure.
+took 58 minutes on 2 cores, most of it two 100,000-event runs. --quick
+uses fewer events and skips the STARTTLS round and the storm.
+BENCHMARKS.md explains each figure.
 """
 
 import argparse
