@@ -43,7 +43,7 @@ class Daemon:
         self.reload_requested = False
 
     def run(self) -> None:
-        """Hold the daemon lock and process the spool until told to stop."""
+        """Hold the daemon lock and process the spool until SIGTERM or SIGINT."""
         spool = self.processor.spool
         lock = filelock.FileLock(
             spool.root / "locks" / "daemon.lock", is_singleton=True

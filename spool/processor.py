@@ -30,7 +30,7 @@ BATCH = 256
 # one, which bounds a storm's memory: a process that enqueued and digested
 # 5,000 or 30,000 Advanced ban events peaked at 62 MB RSS (Python 3.11.7).
 DIGEST_MAX_EVENTS = 5_000
-# What a digest row shows of an event; the rest is dropped during a storm.
+# Event fields a digest row shows; during a storm the rest is dropped.
 _DIGEST_EVENT_KEYS = ("ip", "action", "alert_scope", "hostgroup_name")
 _DIGEST_DETAIL_KEYS = (
     "attack_type",

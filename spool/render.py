@@ -105,7 +105,7 @@ TEMPLATE_FAILURES = (
 )
 
 
-# What the digest table and subject read of each event.
+# Fields of each event that the digest table and subject read.
 _DIGEST_ROW_KEYS = (
     "event_id",
     "time",
